@@ -228,6 +228,43 @@ async def test_cancel_across_a_restart_stops_the_work(harness: Harness, client: 
     assert steps[0]["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("parked_as", ["waiting", "paused"])
+async def test_a_cancel_flag_left_on_a_let_go_execution_still_ends_it(
+    harness: Harness, client: httpx.AsyncClient, parked_as: str
+) -> None:
+    """The race of a cancel request with a runner letting go (parking a long delay, pausing):
+    the flag lands, the runner never sees it. The next claim must end the execution, not
+    its timer (a minute away here)."""
+    from sqlalchemy import update
+
+    from tolstoy.store.tables import executions
+
+    flow = {
+        "name": f"nap-{parked_as}",
+        "steps": [{"id": "nap", "type": "delay", "config": {"durationMs": 60000}}],
+    }
+    execution_id = await start(client, await create_flow(client, flow))
+    await wait_status(client, execution_id, "waiting")
+    if parked_as == "paused":
+        assert (await client.post(f"/api/v1/executions/{execution_id}/pause")).status_code == 200
+        await wait_status(client, execution_id, "paused")
+    assert (await row(harness, client, execution_id))["lease_owner"] is None
+    async with harness.services.db.write() as conn:  # what the API's flag write does, minus its signal
+        await conn.execute(
+            update(executions).where(executions.c.id == execution_id).values(cancel_requested=True)
+        )
+    done = await wait_status(client, execution_id, {"cancelled", "completed", "failed"}, timeout=10)
+    assert done["status"] == "cancelled"
+    events = await events_of(client, execution_id)
+    assert_log_is_whole(events)
+    assert events[-1]["type"] == "execution.cancelled"
+    assert not any(e["type"] == "execution.started" and e.get("resumed") for e in events), (
+        "a cancelled execution is ended, not resumed first"
+    )
+    steps = (await client.get(f"/api/v1/executions/{execution_id}/steps")).json()["items"]
+    assert [s["status"] for s in steps] == ["cancelled"]
+
+
 async def test_retry_from_the_failed_step_reuses_completed_outputs(client: httpx.AsyncClient) -> None:
     flow = {
         "name": "half",

@@ -35,6 +35,7 @@ from tolstoy.timeutil import now_ms
 log = structlog.get_logger(__name__)
 
 ACTIVE = ("queued", "running", "waiting")
+CANCELLABLE = (*ACTIVE, "paused")
 Events = list[tuple[str, dict[str, Any]]]
 
 
@@ -99,8 +100,11 @@ class ExecutionRunner:
 
     async def run(self) -> None:
         try:
-            await self._begin()
-            await self._loop()
+            if self.stop is Stop.CANCEL:  # cancelled while no worker held it: end without starting
+                await self._finish_cancelled()
+            else:
+                await self._begin()
+                await self._loop()
         except _Fenced:
             log.info("lease lost; stopping without further writes", execution_id=self.id)
         finally:
@@ -396,7 +400,8 @@ class ExecutionRunner:
             "lease_expires_at": None,
             "current_step": None,
         }
-        await self._commit(events, execution=execution, steps=steps, statements=statements)
+        statuses = CANCELLABLE if status is ExecutionStatus.CANCELLED else ACTIVE
+        await self._commit(events, execution=execution, steps=steps, statements=statements, statuses=statuses)
         metrics.EXECUTIONS_FINISHED.labels(status.value).inc()
 
     # -- helpers ------------------------------------------------------------------------
@@ -408,6 +413,7 @@ class ExecutionRunner:
         execution: dict[str, Any] | None = None,
         steps: list[StepState] | None = None,
         statements: list[Any] | None = None,
+        statuses: tuple[str, ...] = ACTIVE,
     ) -> None:
         write = Write(
             self.id,
@@ -417,7 +423,7 @@ class ExecutionRunner:
             execution=execution or {},
             steps=[s.row(self.id) for s in steps or ()],
             epoch=self.epoch,
-            only_if_status=ACTIVE,
+            only_if_status=statuses,
             statements=list(statements or ()),
         )
         try:

@@ -131,7 +131,12 @@ class ExecutionService:
             if done:
                 return await exec_store.get(self.db, org_id, execution_id)
         await self._flag(row, cancel_requested=True)
-        self.signal(execution_id, Stop.CANCEL, by)
+        if not self.signal(execution_id, Stop.CANCEL, by):
+            # Its runner may have let go of it (parked, paused) since we looked: end it here if
+            # nobody holds it now; else its owner, or the next claim, sees the flag.
+            latest = await exec_store.get(self.db, org_id, execution_id)
+            if latest["status"] in OPEN and latest["lease_owner"] is None:
+                await self._cancel_unleased(latest, by)
         return await exec_store.get(self.db, org_id, execution_id)
 
     async def _cancel_unleased(self, row: dict[str, Any], by: str) -> bool:

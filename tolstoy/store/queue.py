@@ -21,6 +21,7 @@ from tolstoy.store.db import Database
 from tolstoy.store.tables import executions, flow_versions
 
 CLAIMABLE = ("queued", "running", "waiting")
+CANCELLABLE = (*CLAIMABLE, "paused")
 _LOOKAHEAD = 50  # extra candidates read so executions over a flow's limit don't starve the others
 
 
@@ -66,13 +67,14 @@ class Queue:
         self.db, self.worker_id, self.lease_ttl_ms = db, worker_id, lease_ttl_ms
 
     def _due(self, now: int) -> Any:
-        unleased = executions.c.lease_owner.is_(None)
-        expired = executions.c.lease_expires_at < now
-        return and_(
-            executions.c.status.in_(CLAIMABLE),
-            executions.c.run_after <= now,
-            or_(unleased, expired),
-        )
+        """Due, or with a cancel request whatever its timer says (a parked or paused execution
+        that was cancelled while its runner was letting go of it), and held by nobody alive."""
+        c = executions.c
+        unleased = c.lease_owner.is_(None)
+        expired = c.lease_expires_at < now
+        due = and_(c.status.in_(CLAIMABLE), c.run_after <= now)
+        cancelled = and_(c.status.in_(CANCELLABLE), c.cancel_requested.is_(True))
+        return and_(or_(due, cancelled), or_(unleased, expired))
 
     async def claim(self, limit: int, now: int) -> ClaimResult:
         """Lease up to ``limit`` due executions, honouring per-flow concurrency limits."""
