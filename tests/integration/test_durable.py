@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -137,6 +138,17 @@ async def pending_approval(client: httpx.AsyncClient, execution_id: str) -> dict
     return next(a for a in items if a["executionId"] == execution_id)
 
 
+async def wait_approval(client: httpx.AsyncClient, execution_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The pending approval request of ``execution_id``, once it exists."""
+    async with asyncio.timeout(timeout):
+        while True:
+            items = (await client.get("/api/v1/approvals", params={"status": "pending"})).json()["items"]
+            found = [a for a in items if a["executionId"] == execution_id]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.02)
+
+
 async def test_an_approval_granted_after_a_restart_completes(
     harness: Harness, client: httpx.AsyncClient
 ) -> None:
@@ -165,6 +177,30 @@ async def test_a_denied_approval_fails_the_step(harness: Harness, client: httpx.
     done = await wait_status(client, execution_id, {"completed", "failed"})
     assert done["status"] == "failed"
     assert done["error"]["code"] == "approval_denied" and "not today" in done["error"]["message"]
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["parked", "held-by-a-runner"])
+async def test_cancelling_withdraws_a_pending_approval(
+    harness: Harness, client: httpx.AsyncClient, held: bool
+) -> None:
+    steps: list[dict[str, Any]] = [
+        {"id": "ask", "type": "approval", "dependsOn": [], "config": {"prompt": "Ship it?"}}
+    ]
+    if held:  # a step still running keeps the execution on its worker
+        source = "import time\ndef main(context):\n    time.sleep(30)\n"
+        steps.append({"id": "busy", "type": "code", "dependsOn": [], "config": {"source": source}})
+    execution_id = await start(client, await create_flow(client, {"name": f"ask-{held}", "steps": steps}))
+    approval = await wait_approval(client, execution_id)
+    assert ((await row(harness, client, execution_id))["lease_owner"] is not None) is held
+    assert (await client.post(f"/api/v1/executions/{execution_id}/cancel")).status_code == 200
+    await wait_status(client, execution_id, "cancelled", timeout=10)
+    stored = (await client.get("/api/v1/approvals", params={"status": "cancelled"})).json()["items"]
+    assert approval["id"] in [a["id"] for a in stored]
+    pending = (await client.get("/api/v1/approvals", params={"status": "pending"})).json()["items"]
+    assert approval["id"] not in [a["id"] for a in pending]
+    late = await client.post(f"/api/v1/approvals/{approval['id']}/grant", json={})
+    assert late.status_code == 409, late.text
+    assert_log_is_whole(await events_of(client, execution_id))
 
 
 async def test_an_approval_that_times_out_expires_and_fails(

@@ -29,6 +29,7 @@ from tolstoy.engine.steps.base import StepContext
 from tolstoy.errors import Conflict, LeaseLost, StepError
 from tolstoy.events.types import EventType as ET
 from tolstoy.masking import Masker
+from tolstoy.store import approvals as approval_store
 from tolstoy.store.journal import Write
 from tolstoy.timeutil import now_ms
 
@@ -73,6 +74,7 @@ class ExecutionRunner:
         self.ledger = Ledger(definition, step_rows)
         self.secrets = secrets
         self.masker = Masker(secrets.values())
+        self._asks_approval = any(s.type == "approval" for s in definition.steps)
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self._armed: set[str] = set()
         """Steps whose wait has checked its condition at least once: only those may be parked."""
@@ -401,6 +403,8 @@ class ExecutionRunner:
             "current_step": None,
         }
         statuses = CANCELLABLE if status is ExecutionStatus.CANCELLED else ACTIVE
+        if self._asks_approval:
+            statements = [*(statements or ()), approval_store.withdraw_pending(self.id, now)]
         await self._commit(events, execution=execution, steps=steps, statements=statements, statuses=statuses)
         metrics.EXECUTIONS_FINISHED.labels(status.value).inc()
 

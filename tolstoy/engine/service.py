@@ -156,6 +156,7 @@ class ExecutionService:
             only_if_status=OPEN,
             only_if_unleased=True,
             execution={"status": "cancelled", "finished_at": now, "cancel_requested": True},
+            statements=[approval_store.withdraw_pending(row["id"], now)],
         )
         write.event(ET.EXECUTION_CANCELLED, **fields)
         try:

@@ -26,6 +26,15 @@ def decide(approval_id: str, status: str, by: str | None, comment: str | None, a
     )
 
 
+def withdraw_pending(execution_id: str, at: int) -> Executable:
+    """Close what an execution still asks for when it ends without an answer (cancelled, failed)."""
+    return (
+        update(approvals)
+        .where(approvals.c.execution_id == execution_id, approvals.c.status == "pending")
+        .values(status="cancelled", decided_at=at)
+    )
+
+
 async def get(db: Database, org_id: str, approval_id: str) -> dict[str, Any]:
     async with db.read() as conn:
         stmt = select(approvals).where(approvals.c.org_id == org_id, approvals.c.id == approval_id)

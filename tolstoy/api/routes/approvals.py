@@ -25,7 +25,7 @@ class DecisionIn(BaseModel):
 async def list_approvals(
     principal: PrincipalDep,
     services: ServicesDep,
-    status: Annotated[str | None, Query(pattern="^(pending|granted|denied|expired)$")] = None,
+    status: Annotated[str | None, Query(pattern="^(pending|granted|denied|expired|cancelled)$")] = None,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
