@@ -343,7 +343,8 @@ class SqlCounter:
 
         self.statements = self.boundaries = self.connects = 0
         self.kinds: Counter[str] | None = None
-        engines = {id(e): e for e in (services.db._writer, services.db._reader)}
+        # One listener per pool: an engine made by execution_options() fires its parent's events too.
+        engines = {id(e.sync_engine.pool): e for e in (services.db._writer, services.db._reader)}
         for engine in engines.values():
             sync = engine.sync_engine
             event.listen(sync, "before_cursor_execute", self._statement)

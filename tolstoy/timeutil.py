@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -13,6 +14,12 @@ def now_ms() -> int:
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
+    return _iso(ms)
+
+
+@functools.lru_cache(maxsize=256)
+def _iso(ms: int) -> str:
+    # Cached: the events of one commit, and of commits close together, share their millisecond.
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 

@@ -316,3 +316,69 @@ steps:
     everything += str((await api.get("/api/v1/secrets")).json())
     assert secret not in everything
     assert "***" in everything
+
+
+CHAIN = {
+    "name": "chain",
+    "steps": [{"id": f"s{i}", "type": "data_transform", "config": {"expression": str(i)}} for i in range(4)],
+}
+
+
+def _batches(services: Any, flow_id: str) -> list[list[str]]:
+    """Every committed batch's event types of ``flow_id``'s executions, as the journal hands them out."""
+    seen: list[list[str]] = []
+
+    def listener(events: Any) -> None:
+        mine = [str(e.type) for e in events if e.flow_id == flow_id]
+        if mine:
+            seen.append(mine)
+
+    services.journal.add_listener(listener)
+    return seen
+
+
+async def test_a_chain_of_pure_steps_commits_as_one_transaction(api, services: Any) -> None:
+    flow_id = await create_flow(api, CHAIN)
+    batches = _batches(services, flow_id)
+    execution_id = await start(api, flow_id)
+    detail = await wait_status(api, execution_id, {"completed", "failed"})
+    assert detail["status"] == "completed" and detail["output"] == {"s3": 3}
+    assert_log_is_whole(await events_of(api, execution_id))
+    chain = ["step.started", "step.completed"] * 4
+    assert batches == [["execution.queued"], ["execution.started", *chain, "execution.completed"]], (
+        "the start, every step and the end go out in one commit"
+    )
+    steps = (await api.get(f"/api/v1/executions/{execution_id}/steps")).json()["items"]
+    assert [(s["stepId"], s["status"]) for s in steps] == [(f"s{i}", "completed") for i in range(4)]
+
+
+async def test_a_long_chain_still_commits_as_it_goes(api, services: Any, monkeypatch: Any) -> None:
+    from tolstoy.engine import runner
+
+    monkeypatch.setattr(runner, "FLUSH_AFTER_S", 0.0)  # every deferred write is already "too old"
+    flow_id = await create_flow(api, CHAIN)
+    batches = _batches(services, flow_id)
+    await wait_status(api, await start(api, flow_id), {"completed", "failed"})
+    one_step = ["step.started", "step.completed"]
+    assert batches == [["execution.queued"], ["execution.started"], *[one_step] * 4, ["execution.completed"]]
+
+
+async def test_a_failed_execution_ends_once_and_loses_no_lease(api) -> None:
+    from tolstoy import metrics
+
+    lost = metrics.REGISTRY.get_sample_value("tolstoy_leases_lost_total") or 0.0
+    detail = await run_flow(
+        api,
+        {
+            "name": "fails-fast",
+            "steps": [
+                {"id": "bad", "type": "data_transform", "config": {"expression": "1 // 0"}},
+                {"id": "after", "type": "data_transform", "config": {"expression": "2"}},
+            ],
+        },
+    )
+    assert detail["status"] == "failed"
+    assert_log_is_whole(await events_of(api, detail["id"]))
+    assert (metrics.REGISTRY.get_sample_value("tolstoy_leases_lost_total") or 0.0) == lost, (
+        "ending an execution must not look like losing its lease"
+    )

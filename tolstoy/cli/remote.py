@@ -338,7 +338,9 @@ def executions_retry(
 
 
 def approvals_list(
-    status: Annotated[str, typer.Option(help="pending, granted, denied, expired, cancelled, or all.")] = "pending",
+    status: Annotated[
+        str, typer.Option(help="pending, granted, denied, expired, cancelled, or all.")
+    ] = "pending",
     as_json: JsonOpt = False,
 ) -> None:
     """Approval requests of approval steps."""

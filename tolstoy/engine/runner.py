@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -37,6 +38,9 @@ log = structlog.get_logger(__name__)
 
 ACTIVE = ("queued", "running", "waiting")
 CANCELLABLE = (*ACTIVE, "paused")
+FLUSH_AFTER_S = 0.02
+"""A chain of pure steps keeps its writes pending (one transaction) at most this long, so a
+watcher still sees a long chain progress."""
 Events = list[tuple[str, dict[str, Any]]]
 
 
@@ -80,6 +84,11 @@ class ExecutionRunner:
         """Steps whose wait has checked its condition at least once: only those may be parked."""
         self.stop: Stop | None = None
         self.stop_by: str | None = None
+        self._ended = False
+        """The terminal event is written: nothing more is."""
+        self._pending: Write | None = None
+        """Deferred writes (``_commit(defer=True)``), merged, going out with the next commit."""
+        self._pending_since = 0.0
         self._control = asyncio.Event()
         if row.get("cancel_requested"):
             self.request(Stop.CANCEL)
@@ -118,12 +127,12 @@ class ExecutionRunner:
             started["resumed"] = True
         self.row["started_at"] = self.row.get("started_at") or now_ms()
         execution = {"status": "running", "started_at": self.row["started_at"], "wait_reason": None}
-        await self._commit([(ET.EXECUTION_STARTED, started)], execution=execution)
+        await self._commit([(ET.EXECUTION_STARTED, started)], execution=execution, defer=True)
         for state in self.ledger.in_flight():
             self._spawn(self.ledger.by_id[state.id], state)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._ended:
             if self.stop is Stop.LOST:
                 raise _Fenced
             if self.stop is Stop.CANCEL:
@@ -134,8 +143,9 @@ class ExecutionRunner:
                 return await self._finish_timed_out()
             if self.stop is None:
                 await self._schedule()
-            if await self._settled_or_parked():
+            if self._ended or await self._settled_or_parked():
                 return
+            await self._flush()
             await self._wait()
 
     async def _settled_or_parked(self) -> bool:
@@ -179,7 +189,7 @@ class ExecutionRunner:
 
     async def _schedule(self) -> None:
         """Start every ready step; skip those whose upstream failed or whose executeIf is false."""
-        while self.stop is None:
+        while self.stop is None and not self._ended:
             ready = [r for r in self.ledger.ready() if r[0].id not in self.tasks]
             if not ready:
                 return
@@ -200,7 +210,22 @@ class ExecutionRunner:
                 return await self._skip(state, "executeIf evaluated to false")
         if step.type in waits.WAIT_TYPES:
             return await self._begin_wait(step, state)
+        if step.type in PURE_TYPES:
+            return await self._run_inline(step, state)
         self._spawn(step, state)
+
+    async def _run_inline(self, step: StepDefinition, state: StepState) -> None:
+        """A pure step (no I/O, no wait, no side effect) runs here and now rather than in a task;
+        its result joins the pending write, so a chain of them commits as one transaction."""
+        self._begin_attempt(state)
+        try:
+            output = await run_attempt(step, self._context(step, state), self._scope())
+        except StepError as exc:
+            return await self._on_failure(step, state, exc, started_event=True)
+        except Exception as exc:
+            log.error("step raised unexpectedly", execution_id=self.id, step_id=step.id, exc_info=exc)
+            return await self._on_failure(step, state, internal_error(exc), started_event=True)
+        await self._on_success(step, state, output)
 
     def _begin_attempt(self, state: StepState) -> None:
         state.attempt += 1
@@ -273,9 +298,10 @@ class ExecutionRunner:
     async def _on_success(self, step: StepDefinition, state: StepState, output: Any) -> None:
         finish_step(state, StepStatus.COMPLETED)
         state.output, state.error = output, None
-        events = [fields.step_started(step, state)] if step.type in PURE_TYPES else []
+        pure = step.type in PURE_TYPES
+        events = [fields.step_started(step, state)] if pure else []
         events.append(fields.step_completed(state, self.masker.value(output)))
-        await self._commit(events, execution=self.ledger.counts(), steps=[state])
+        await self._commit(events, execution=self.ledger.counts(), steps=[state], defer=pure)
 
     async def _on_failure(
         self,
@@ -329,7 +355,7 @@ class ExecutionRunner:
         state.move(StepStatus.SKIPPED)
         state.reason = reason
         await self._commit(
-            [fields.step_skipped(state, reason)], execution=self.ledger.counts(), steps=[state]
+            [fields.step_skipped(state, reason)], execution=self.ledger.counts(), steps=[state], defer=True
         )
 
     # -- endings ------------------------------------------------------------------------
@@ -405,6 +431,7 @@ class ExecutionRunner:
         statuses = CANCELLABLE if status is ExecutionStatus.CANCELLED else ACTIVE
         if self._asks_approval:
             statements = [*(statements or ()), approval_store.withdraw_pending(self.id, now)]
+        self._ended = True
         await self._commit(events, execution=execution, steps=steps, statements=statements, statuses=statuses)
         metrics.EXECUTIONS_FINISHED.labels(status.value).inc()
 
@@ -418,18 +445,34 @@ class ExecutionRunner:
         steps: list[StepState] | None = None,
         statements: list[Any] | None = None,
         statuses: tuple[str, ...] = ACTIVE,
+        defer: bool = False,
     ) -> None:
-        write = Write(
-            self.id,
-            self.org_id,
-            self.flow_id,
-            events=list(events),
-            execution=execution or {},
-            steps=[s.row(self.id) for s in steps or ()],
-            epoch=self.epoch,
-            only_if_status=statuses,
-            statements=list(statements or ()),
-        )
+        """One fenced write (with whatever is pending before it). ``defer`` keeps it pending
+        instead — for work a crash may simply redo (pure steps, skips, the start) — until the next
+        commit, ``_flush`` before the runner waits, or ``FLUSH_AFTER_S``."""
+        write = self._pending
+        if write is not None and write.only_if_status != statuses:
+            await self._flush()
+            write = None
+        if write is None:
+            write = Write(self.id, self.org_id, self.flow_id, epoch=self.epoch, only_if_status=statuses)
+            self._pending_since = time.monotonic()
+        write.events.extend(events)
+        write.execution.update(execution or {})
+        write.steps.extend(s.row(self.id) for s in steps or ())
+        write.statements.extend(statements or ())
+        if defer and time.monotonic() - self._pending_since < FLUSH_AFTER_S:
+            self._pending = write
+            return
+        self._pending = None
+        await self._send(write)
+
+    async def _flush(self) -> None:
+        write, self._pending = self._pending, None
+        if write is not None:
+            await self._send(write)
+
+    async def _send(self, write: Write) -> None:
         try:
             await self.rt.journal.commit(write)
         except (LeaseLost, Conflict) as exc:

@@ -3,7 +3,7 @@
 On SQLite, writes go through a single connection that opens ``BEGIN IMMEDIATE``
 transactions (so a transaction that reads then writes never deadlocks on lock
 upgrade) and reads use a pool of WAL readers; other processes wait on the busy
-timeout. On PostgreSQL both sides share one asyncpg pool.
+timeout. On PostgreSQL both sides share one asyncpg pool; reads run in autocommit.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _postgres_engine(url: str) -> AsyncEngine:
         url,
         json_serializer=jsonutil.dumps,
         json_deserializer=_json_loads,
-        pool_size=10,
+        pool_size=25,
         max_overflow=10,
         pool_pre_ping=False,
     )
@@ -91,7 +91,10 @@ class Database:
             self._writer = _sqlite_engine(self.url, writer=True)
             self._reader = _sqlite_engine(self.url, writer=False)
         elif self.url.startswith("postgresql"):
-            self._writer = self._reader = _postgres_engine(self.url)
+            self._writer = _postgres_engine(self.url)
+            # Reads share the pool in autocommit: no BEGIN/ROLLBACK round trips around a query.
+            # (At READ COMMITTED each statement sees its own snapshot anyway.)
+            self._reader = self._writer.execution_options(isolation_level="AUTOCOMMIT")
         else:
             from tolstoy.errors import BadRequest
 
@@ -118,7 +121,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self._writer.dispose()
-        if self._reader is not self._writer:
+        if self.is_sqlite:  # on PostgreSQL the reader is a view of the writer's pool
             await self._reader.dispose()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 
 from tolstoy import ids
 from tolstoy.errors import Conflict, NotFound
@@ -70,9 +70,15 @@ async def new_version(db: Database, org_id: str, flow_id: str, definition: dict[
     return dict(row._mapping)
 
 
+_GET = select(flows).where(
+    flows.c.org_id == bindparam("org_id"), flows.c.deleted_at.is_(None), flows.c.id == bindparam("flow_id")
+)
+"""Built once: every execute request runs it (building the expression costs more than the query)."""
+
+
 async def get(db: Database, org_id: str, flow_id: str) -> dict[str, Any]:
     async with db.read() as conn:
-        row = (await conn.execute(select(flows).where(_live(org_id), flows.c.id == flow_id))).first()
+        row = (await conn.execute(_GET, {"org_id": org_id, "flow_id": flow_id})).first()
     if row is None:
         raise NotFound(f"flow {flow_id!r} not found")
     return dict(row._mapping)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tolstoy import crypto, ids
@@ -192,8 +192,12 @@ class SecretStore:
 
     async def values(self, org_id: str) -> dict[str, str]:
         async with self.db.read() as conn:
-            stmt = select(secrets.c.name, secrets.c.ciphertext).where(secrets.c.org_id == org_id)
-            return {r.name: self.cipher.decrypt(r.ciphertext) for r in await conn.execute(stmt)}
+            rows = await conn.execute(_VALUES, {"org_id": org_id})
+            return {r.name: self.cipher.decrypt(r.ciphertext) for r in rows}
+
+
+_VALUES = select(secrets.c.name, secrets.c.ciphertext).where(secrets.c.org_id == bindparam("org_id"))
+"""Built once: every execute request and every claim reads an organization's secrets."""
 
 
 def _mask(value: str) -> str:

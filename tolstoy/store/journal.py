@@ -89,7 +89,7 @@ class Journal:
 
     def __init__(self, db: Database, bus: Bus, lanes: int | None = None) -> None:
         self.db, self.bus = db, bus
-        count = lanes if lanes is not None else (1 if db.is_sqlite else 4)
+        count = lanes if lanes is not None else (1 if db.is_sqlite else 2)
         self._lanes = [_Lane() for _ in range(max(1, count))]
         self._listeners: list[CommitListener] = []
 

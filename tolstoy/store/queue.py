@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 
 from tolstoy.store import flows as flow_store
 from tolstoy.store.db import Database
@@ -60,21 +60,44 @@ class LeaseState:
     pause_requested: bool
 
 
+def _due() -> Any:
+    """Due, or with a cancel request whatever its timer says (a parked or paused execution
+    that was cancelled while its runner was letting go of it), and held by nobody alive."""
+    c = executions.c
+    now = bindparam("now")
+    unleased = c.lease_owner.is_(None)
+    expired = c.lease_expires_at < now
+    due = and_(c.status.in_(CLAIMABLE), c.run_after <= now)
+    cancelled = and_(c.status.in_(CANCELLABLE), c.cancel_requested.is_(True))
+    return and_(or_(due, cancelled), or_(unleased, expired))
+
+
+_c = executions.c
+_CANDIDATES = (
+    select(_c.id, _c.org_id, _c.flow_id, _c.status, _c.concurrency_limit, _c.lease_owner, _c.wait_reason)
+    .where(_due())
+    .order_by(_c.run_after, _c.created_at)
+    .limit(bindparam("limit"))
+)
+"""Built once (claims run constantly); ``now`` and ``limit`` are bound per claim."""
+_CANDIDATES_LOCKED = _CANDIDATES.with_for_update(skip_locked=True)
+_LEASE = (
+    update(executions)
+    .where(_c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        lease_owner=bindparam("owner"),
+        lease_epoch=_c.lease_epoch + 1,
+        lease_expires_at=bindparam("expires"),
+    )
+    .returning(*executions.c)
+)
+
+
 class Queue:
     """Claims, renews and releases execution leases for one worker."""
 
     def __init__(self, db: Database, worker_id: str, lease_ttl_ms: int) -> None:
         self.db, self.worker_id, self.lease_ttl_ms = db, worker_id, lease_ttl_ms
-
-    def _due(self, now: int) -> Any:
-        """Due, or with a cancel request whatever its timer says (a parked or paused execution
-        that was cancelled while its runner was letting go of it), and held by nobody alive."""
-        c = executions.c
-        unleased = c.lease_owner.is_(None)
-        expired = c.lease_expires_at < now
-        due = and_(c.status.in_(CLAIMABLE), c.run_after <= now)
-        cancelled = and_(c.status.in_(CANCELLABLE), c.cancel_requested.is_(True))
-        return and_(or_(due, cancelled), or_(unleased, expired))
 
     async def claim(self, limit: int, now: int) -> ClaimResult:
         """Lease up to ``limit`` due executions, honouring per-flow concurrency limits."""
@@ -87,33 +110,21 @@ class Queue:
             chosen, refused = await self._within_limits(conn, candidates, limit, now)
             claims: list[Claim] = []
             if chosen:
-                stmt = (
-                    update(executions)
-                    .where(executions.c.id.in_([c["id"] for c in chosen]))
-                    .values(
-                        lease_owner=self.worker_id,
-                        lease_epoch=executions.c.lease_epoch + 1,
-                        lease_expires_at=now + self.lease_ttl_ms,
-                    )
-                    .returning(*executions.c)
-                )
-                rows = [dict(r._mapping) for r in await conn.execute(stmt)]
+                lease = {
+                    "ids": [c["id"] for c in chosen],
+                    "owner": self.worker_id,
+                    "expires": now + self.lease_ttl_ms,
+                }
+                rows = [dict(r._mapping) for r in await conn.execute(_LEASE, lease)]
                 rows.sort(key=lambda r: (r["run_after"], r["created_at"]))
                 claims = await self._with_definitions(conn, rows)
             reclaimed = sum(1 for c in chosen if c["lease_owner"] is not None)
             return ClaimResult(claims, [r for r in refused if r["wait_reason"] != "concurrency"], reclaimed)
 
     async def _candidates(self, conn: Any, limit: int, now: int) -> list[dict[str, Any]]:
-        c = executions.c
-        pick = (
-            select(c.id, c.org_id, c.flow_id, c.status, c.concurrency_limit, c.lease_owner, c.wait_reason)
-            .where(self._due(now))
-            .order_by(c.run_after, c.created_at)
-            .limit(limit + _LOOKAHEAD)
-        )
-        if not self.db.is_sqlite:
-            pick = pick.with_for_update(skip_locked=True)
-        return [dict(r._mapping) for r in await conn.execute(pick)]
+        pick = _CANDIDATES if self.db.is_sqlite else _CANDIDATES_LOCKED
+        rows = await conn.execute(pick, {"now": now, "limit": limit + _LOOKAHEAD})
+        return [dict(r._mapping) for r in rows]
 
     async def _within_limits(
         self, conn: Any, candidates: list[dict[str, Any]], limit: int, now: int
