@@ -64,7 +64,7 @@ def _due() -> Any:
     """Due, or with a cancel request whatever its timer says (a parked or paused execution
     that was cancelled while its runner was letting go of it), and held by nobody alive."""
     c = executions.c
-    now = bindparam("now")
+    now: Any = bindparam("now")
     unleased = c.lease_owner.is_(None)
     expired = c.lease_expires_at < now
     due = and_(c.status.in_(CLAIMABLE), c.run_after <= now)
