@@ -29,7 +29,7 @@ from tolstoy.store import executions as exec_store
 from tolstoy.store import flows as flow_store
 from tolstoy.store import identity
 
-ROUNDS = 8
+ROUNDS = 12  # per backend: 24 kill trials in all
 PER_ROUND = 3
 HTTP_STEPS = ("fetch", "push", "notify")
 
