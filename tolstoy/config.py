@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,19 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise BadRequest(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not math.isfinite(value) or value <= 0:
+        raise BadRequest(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def _secret_key(home: Path, env: dict[str, str]) -> str:
@@ -95,6 +109,9 @@ class Settings:
             park_after_ms=_int(env, "TOLSTOY_PARK_AFTER_MS", 1000),
             metrics_token=env.get("TOLSTOY_METRICS_TOKEN") or None,
             worker_concurrency=_int(env, "TOLSTOY_WORKER_CONCURRENCY", 50),
+            ws_ping_interval_s=_seconds(env, "TOLSTOY_WS_PING_INTERVAL_S", 25.0),
+            ws_idle_timeout_s=_seconds(env, "TOLSTOY_WS_IDLE_TIMEOUT_S", 60.0),
+            sse_heartbeat_s=_seconds(env, "TOLSTOY_SSE_HEARTBEAT_S", 15.0),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -40,10 +40,16 @@ RECONCILED = Counter(
 )
 
 # -- bus -----------------------------------------------------------------------------------
-BUS_PUBLISHED = Counter("tolstoy_bus_published_total", "Events published to the bus.", registry=REGISTRY)
+BUS_PUBLISHED = Counter(
+    "tolstoy_bus_published_total",
+    "Committed events handed to the bus (counted once, by the journal).",
+    registry=REGISTRY,
+)
 BUS_RECONNECTS = Counter("tolstoy_bus_reconnects_total", "Bus connections re-established.", registry=REGISTRY)
 BUS_PUBLISH_ERRORS = Counter(
-    "tolstoy_bus_publish_errors_total", "Bus publishes that failed.", registry=REGISTRY
+    "tolstoy_bus_publish_errors_total",
+    "Bus messages (committed batches) whose publishing failed or that were dropped; each counted once.",
+    registry=REGISTRY,
 )
 
 # -- gateway -------------------------------------------------------------------------------
@@ -51,7 +57,10 @@ WS_CONNECTIONS = Gauge("tolstoy_ws_connections", "Open WebSocket connections.", 
 SSE_CONNECTIONS = Gauge("tolstoy_sse_connections", "Open SSE streams.", registry=REGISTRY)
 SUBSCRIPTIONS = Gauge("tolstoy_subscriptions", "Active subscriptions (WebSocket and SSE).", registry=REGISTRY)
 MESSAGES_OUT = Counter(
-    "tolstoy_messages_out_total", "Event deliveries sent to clients.", ["transport"], registry=REGISTRY
+    "tolstoy_messages_out_total",
+    "Event deliveries sent to clients, by transport (ws or sse).",
+    ["transport"],
+    registry=REGISTRY,
 )
 CONFLATED = Counter(
     "tolstoy_conflated_total", "Pending log/progress events replaced by a newer one.", registry=REGISTRY
@@ -60,5 +69,5 @@ SLOW_CONSUMER_CLOSES = Counter(
     "tolstoy_slow_consumer_closes_total", "Connections closed with 4008 slow_consumer.", registry=REGISTRY
 )
 BACKFILLS = Counter(
-    "tolstoy_backfills_total", "Gaps filled from the store before delivery.", registry=REGISTRY
+    "tolstoy_backfills_total", "Gaps and lost last events filled from the store.", registry=REGISTRY
 )

@@ -9,6 +9,8 @@ import pytest
 
 from tests.backends import REDIS_URL, require_redis
 from tests.conftest import wait_until
+from tests.integration.gateway_harness import new_org, producer
+from tolstoy import metrics
 from tolstoy.events.bus import Bus, create_bus
 from tolstoy.events.types import Event, encode_event
 
@@ -90,3 +92,13 @@ async def test_a_failing_subscriber_does_not_stop_the_others(bus: Bus) -> None:
         return len(got) == 2
 
     await wait_until(arrived, 5, "the healthy subscriber's events")
+
+
+async def test_committed_events_are_counted_once_as_published(services) -> None:
+    """``tolstoy_bus_published_total`` counts each committed event once, on every bus (Redis included)."""
+    org = await new_org(services)
+    before = metrics.REGISTRY.get_sample_value("tolstoy_bus_published_total") or 0.0
+    p = await producer(services, org["id"])  # one event
+    await p.emit(5, per_write=5)
+    await p.emit(2)
+    assert metrics.REGISTRY.get_sample_value("tolstoy_bus_published_total") == before + 8

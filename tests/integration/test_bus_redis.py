@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,32 @@ async def test_subscribing_while_redis_is_down_resyncs_once_it_is_back(redis, bu
     await wait_until(rec.resynced, 10, "a resync once Redis is reachable")
     await bus.publish("org_a", [ev(1)])
     await wait_until(lambda: rec.has(1), 5, "delivery")
+
+
+async def test_a_failed_publish_is_counted_once_however_often_it_is_retried(redis, bus, monkeypatch) -> None:
+    errors, published = metrics.BUS_PUBLISH_ERRORS._value.get(), metrics.BUS_PUBLISHED._value.get()
+    attempts = {"n": 0}
+    send = bus._send
+
+    async def counting_send(batch: Any) -> None:
+        attempts["n"] += 1
+        await send(batch)
+
+    monkeypatch.setattr(bus, "_send", counting_send)
+    redis.stop()
+    await bus.publish("org_a", [ev(1), ev(2)])  # two batches queued before the publisher runs
+    await bus.publish("org_a", [ev(3)])
+
+    async def retried() -> bool:
+        return attempts["n"] >= 4
+
+    await wait_until(retried, 10, "the publisher to retry a few times")
+    assert metrics.BUS_PUBLISH_ERRORS._value.get() == errors + 2, "each failed batch counted once"
+    redis.start()
+
+    async def sent() -> bool:
+        return not bus._queue
+
+    await wait_until(sent, 15, "the queued batches to be published once Redis is back")
+    assert metrics.BUS_PUBLISH_ERRORS._value.get() == errors + 2
+    assert metrics.BUS_PUBLISHED._value.get() == published, "the journal counts published events, not the bus"

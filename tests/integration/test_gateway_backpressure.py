@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import wait_until
 from tests.integration.gateway_harness import Client, assert_in_order, client, producer, serve
 from tolstoy import metrics
+from tolstoy.gateway import history
 
 
 @asynccontextmanager
@@ -91,3 +92,30 @@ async def test_pending_logs_and_progress_are_conflated_and_lifecycle_events_all_
         assert delivered == sorted(delivered)
         stats = services.gateway.stats.report(org["id"], services.gateway.sessions)
         assert stats["drops"]["conflated"] == len(conflated)
+
+
+async def test_a_client_that_keeps_up_is_not_closed_by_a_burst_that_arrived_during_its_replay(
+    services, org, monkeypatch
+) -> None:
+    """The join buffer never overflows the outbox it is drained into: beyond its bound, replay again."""
+    services.gateway.queue_max_bytes, services.gateway.queue_max_messages = 256 * 1024, 300
+    closes_before = metrics.SLOW_CONSUMER_CLOSES._value.get()
+    p = await producer(services, org["id"])
+    await p.emit(50, per_write=50)  # the history: seq 2..51
+    gate = asyncio.Event()
+    read_page = history.execution_page
+
+    async def slow_page(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()  # a slow store: the replay's reads wait until the burst is committed
+        return await read_page(*args, **kwargs)
+
+    monkeypatch.setattr(history, "execution_page", slow_page)
+    async with serve(services) as address, client(address, org["key"]) as c:
+        reply = await c.subscribe(f"executions:{p.execution_id}", since=0)
+        assert reply["type"] == "subscribed" and reply["data"]["lastSeq"] == 51
+        await p.emit(600, per_write=100)  # twice the outbox's message bound, all during the replay
+        gate.set()
+        assert_in_order(await c.events(651), 1, 651)
+        await p.emit(1)
+        assert_in_order(await c.events(1), 652, 652)
+    assert metrics.SLOW_CONSUMER_CLOSES._value.get() == closes_before

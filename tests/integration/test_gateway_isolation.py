@@ -108,3 +108,34 @@ async def test_revoking_the_key_closes_its_connections_and_its_tokens(services, 
         for c in (by_key, by_token):
             await asyncio.wait_for(c.ws.wait_closed(), 5)
             assert c.ws.close_code == 4401
+
+
+async def test_a_token_scoped_to_approvals_gets_approval_events_only_across_seq_skips_and_a_resync(
+    services, org, api
+) -> None:
+    """Approval events skip ahead in ``seq``; that is no gap to fill with the log events between them."""
+    token = await _token(api, ["approvals"])
+    p = await producer(services, org["id"])
+
+    async def approval(type_: str, approval_id: str) -> None:
+        await p.emit(1, type_=type_, approvalId=approval_id, stepId="a")
+
+    async with serve(services) as address, client(address, token) as c:
+        assert (await c.subscribe("approvals"))["type"] == "subscribed"
+        await p.emit(2)  # seq 2, 3: logs
+        await approval("approval.required", "ap_1")  # 4
+        await p.emit(3)  # 5..7
+        await approval("approval.granted", "ap_1")  # 8
+        got = await c.events(2)
+        await services.gateway.routes[org["id"]].resync()  # as after a bus reconnect: replay from the store
+        await p.emit(2, per_write=2)  # 9, 10
+        await approval("approval.required", "ap_2")  # 11
+        got += await c.events(1)
+        probe = await c.send("ping")
+        assert (await c.recv())["id"] == probe, "nothing else came"
+    assert [(e["type"], e["data"]["seq"]) for e in got] == [
+        ("approval.required", 4),
+        ("approval.granted", 8),
+        ("approval.required", 11),
+    ]
+    assert {e["channel"] for e in got} == {"approvals"}

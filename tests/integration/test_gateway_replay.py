@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import make_settings, wait_until
 from tests.integration.gateway_harness import (
@@ -20,6 +21,7 @@ from tests.integration.gateway_harness import (
 )
 from tolstoy.events.bus import create_bus
 from tolstoy.gateway import topic as topic_module
+from tolstoy.gateway.route import OrgRoute
 
 
 async def _watch(address: str, key: str, channel: str, since: int, last: int) -> list[dict[str, Any]]:
@@ -165,3 +167,105 @@ async def test_org_wide_filters_apply_live_and_stats_count_what_was_sent(service
 
 async def _stats_out(api, n: int) -> bool:
     return (await api.get("/api/v1/gateway/stats")).json()["messagesOut"] >= n
+
+
+async def _collect(c: Any, done: Any) -> list[dict[str, Any]]:
+    """Event deliveries of every channel of ``c`` until ``done(deliveries)``."""
+    got: list[dict[str, Any]] = []
+    while not done(got):
+        got += await c.events(1)
+    return got
+
+
+def _on(got: list[dict[str, Any]], channel: str) -> list[dict[str, Any]]:
+    return [e for e in got if e["channel"] == channel]
+
+
+async def test_backfilled_events_pass_the_channel_and_the_filters(lossy) -> None:
+    services, bus = lossy
+    org = await new_org(services)
+    p = await producer(services, org["id"])
+    by_type, by_status = "executions", f"workflows:{p.flow_id}"
+    async with serve(services) as address, client(address, org["key"]) as c:
+        await c.subscribe(by_type, filters={"types": ["step."]})
+        await c.subscribe(by_status, filters={"statuses": ["completed"]})
+        await c.subscribe("approvals")
+        for n in range(8):
+            await p.emit(2)
+            await p.emit(1, type_="step.completed", stepId="a", status="completed")
+            await p.emit(1, type_="approval.required", approvalId=f"ap_{n}", stepId="a")
+        await p.finish()  # dropped too: the tail check brings it
+        got = await _collect(c, lambda g: len(_on(g, by_type)) >= 8 and len(_on(g, by_status)) >= 9)
+        probe = await c.send("ping")
+        while (message := await c.recv())["type"] != "pong":
+            got.append(message)
+        assert message["id"] == probe
+    assert bus.dropped, "the bus lost batches, so some events came from the store"
+    steps = [4 * n + 4 for n in range(8)]  # step.completed at seq 4, 8, …
+    assert [(e["type"], e["data"]["seq"]) for e in _on(got, by_type)] == [
+        ("step.completed", s) for s in steps
+    ]
+    assert [e["data"]["seq"] for e in _on(got, by_status)] == [*steps, p.seq]
+    assert _on(got, by_status)[-1]["type"] == "execution.completed"
+    approvals = _on(got, "approvals")
+    assert {e["type"] for e in approvals} <= {"approval.required"}, "no other event on approvals"
+    assert len(got) == 8 + 9 + len(approvals)
+
+
+async def test_a_gap_the_store_cannot_fill_closes_with_1013_rather_than_skip_and_since_resumes(
+    lossy, monkeypatch
+) -> None:
+    services, _ = lossy
+    monkeypatch.setattr(topic_module, "BACKFILL_RETRY_DELAYS_S", (0.01, 0.01), raising=False)
+    store = {"down": True, "reads": 0}
+    read = OrgRoute.backfill
+
+    async def backfill(self: OrgRoute, execution_id: str, after: int, before: int) -> list[Any]:
+        store["reads"] += 1
+        if store["down"]:
+            raise ConnectionError("the store is unreachable")
+        return await read(self, execution_id, after, before)
+
+    monkeypatch.setattr(OrgRoute, "backfill", backfill)
+    org = await new_org(services)
+    p = await producer(services, org["id"])
+    channel = f"executions:{p.execution_id}"
+    async with serve(services) as address:
+        async with client(address, org["key"]) as c:
+            await c.subscribe(channel)
+            for _ in range(6):
+                await p.emit(1)  # every third batch is lost on the bus: a gap the store must fill
+            got: list[dict[str, Any]] = []
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    got.append(await c.recv())
+            assert c.ws.close_code == 1013
+        assert store["reads"] == 3, "read three times (two retries) before giving up"
+        assert_in_order(got, 2, 1 + len(got))  # no hole: what came is a prefix
+        store["down"] = False
+        await p.finish()
+        async with client(address, org["key"]) as c:
+            reply = await c.subscribe(channel, since=1 + len(got))
+            assert reply["type"] == "subscribed"
+            assert_in_order(await c.events(p.seq - 1 - len(got)), 2 + len(got), p.seq)
+
+
+async def test_a_lost_last_event_reaches_org_wide_subscribers_through_the_tail_check(lossy) -> None:
+    services, bus = lossy
+    org = await new_org(services)
+    p = await producer(services, org["id"])
+    channels = ("executions", f"workflows:{p.flow_id}")
+    async with serve(services) as address, client(address, org["key"]) as c:
+        for channel in channels:
+            await c.subscribe(channel)
+        await p.emit(1)
+        await p.finish()  # the final batch is dropped: no later event reveals the gap
+        last = p.seq
+        got = await _collect(c, lambda g: all(_ended(_on(g, ch)) for ch in channels))
+    assert last in bus.dropped
+    for channel in channels:
+        assert_in_order(_on(got, channel), 2, last)
+
+
+def _ended(events: list[dict[str, Any]]) -> bool:
+    return bool(events) and events[-1]["type"] == "execution.completed"

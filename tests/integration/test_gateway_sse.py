@@ -8,7 +8,10 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.integration.gateway_harness import new_org, producer, serve
+from tests.conftest import wait_until
+from tests.integration.gateway_harness import client, new_org, producer, serve
+from tolstoy import metrics
+from tolstoy.gateway.topic import SubState
 
 
 async def read_events(resp: httpx.Response, until: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
@@ -135,3 +138,75 @@ async def test_a_channel_stream_filters_and_resumes_from_an_event_id(services, o
             assert ids[-3:] == expected and set(ids) <= {*expected, f"{second.execution_id}:1"}
         else:
             assert ids == expected
+
+
+async def _live_sse(services: Any, n: int) -> bool:
+    """Whether ``n`` SSE subscriptions are live members of their topics (so live events reach them)."""
+    subs = [
+        s
+        for session in services.gateway.sessions
+        if session.transport == "sse"
+        for s in session.subs.values()
+    ]
+    return sum(sub.state is SubState.LIVE for sub in subs) >= n
+
+
+async def test_a_per_execution_channel_stream_without_since_ends_like_the_execution_stream(services, org):
+    finished = await producer(services, org["id"])
+    await finished.emit(2)
+    await finished.finish()  # seq 1..4
+    running = await producer(services, org["id"])
+    async with (
+        serve(services) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as http,
+    ):
+        for channel in (f"executions:{finished.execution_id}", f"flows.{org['id']}.{finished.execution_id}"):
+            params = {"channel": channel, "token": org["key"]}
+            async with http.stream("GET", "/api/v1/stream", params=params) as resp:
+                assert resp.status_code == 200
+                events, _ = await asyncio.wait_for(read_events(resp), 10)  # ends at once, by itself
+            assert [(e["id"], e["event"]) for e in events] == [("4", "execution.completed")]
+            again = await http.get("/api/v1/stream", params=params, headers={"Last-Event-ID": "4"})
+            assert again.status_code == 204, "a reconnect that has the end is told to stop"
+            hidden = await http.get("/api/v1/stream", params={**params, "types": "log"})
+            assert hidden.status_code == 204, "nothing left that matches the filters"
+        params = {"channel": f"executions:{running.execution_id}", "token": org["key"]}
+        async with (
+            http.stream("GET", "/api/v1/stream", params=params) as everything,
+            http.stream("GET", "/api/v1/stream", params={**params, "types": "log"}) as logs,
+        ):
+            reading = [asyncio.create_task(read_events(r)) for r in (everything, logs)]
+            await wait_until(lambda: _live_sse(services, 2), what="both streams to be live")
+            await running.emit(2)
+            await running.finish()
+            (all_events, _), (log_events, _) = await asyncio.wait_for(asyncio.gather(*reading), 10)
+        assert [e["id"] for e in all_events] == ["2", "3", "4"] and all_events[-1][
+            "event"
+        ] == "execution.completed"
+        assert [e["id"] for e in log_events] == ["2", "3"], "ends with its execution, the end filtered out"
+
+
+async def test_deliveries_are_counted_by_their_real_transport(services, org) -> None:
+    def out(transport: str) -> float:
+        return (
+            metrics.REGISTRY.get_sample_value("tolstoy_messages_out_total", {"transport": transport}) or 0.0
+        )
+
+    p = await producer(services, org["id"])
+    await p.emit(3)  # seq 1..4
+    ws_before, sse_before = out("ws"), out("sse")
+    async with (
+        serve(services) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as http,
+    ):
+        url = f"/api/v1/executions/{p.execution_id}/stream?token={org['key']}"
+        async with http.stream("GET", url) as resp:
+            reading = asyncio.create_task(read_events(resp, until=lambda e: e["id"] == "4"))
+            events, _ = await asyncio.wait_for(reading, 10)
+        assert len(events) == 4
+        assert (out("sse"), out("ws")) == (sse_before + 4, ws_before)
+        async with client(address, org["key"]) as c:
+            await c.subscribe(f"executions:{p.execution_id}", since=1)
+            await c.events(3)
+        assert (out("sse"), out("ws")) == (sse_before + 4, ws_before + 3)
+    assert metrics.REGISTRY.get_sample_value("tolstoy_messages_out_total", {"transport": "live"}) is None

@@ -11,6 +11,7 @@ from tolstoy.events.types import Event, encode_event
 from tolstoy.gateway.connection import Outbox
 from tolstoy.gateway.frames import Frame, event_frame
 from tolstoy.gateway.protocol import json_string
+from tolstoy.gateway.sse import SseSink
 
 CHANNEL = json_string("executions:exec_1")
 
@@ -140,3 +141,29 @@ async def test_room_waits_for_the_sink_to_drain() -> None:
     outbox.resumed()  # schedules the flush
     outbox.flush()
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_an_sse_delivery_that_replaced_others_carries_their_seqs_in_data() -> None:
+    sink = SseSink(ids="seq")
+    outbox, _ = make(sink)  # type: ignore[arg-type]
+    sink.attach(outbox)
+    body = sink.stream(heartbeat_s=5)
+    assert await anext(body) == b"retry: 2000\n\n"
+    outbox.push(event_frame(ev(1, "step.started"), CHANNEL))
+    outbox.flush()
+    assert sink.paused  # the response has not taken the first chunk: what follows waits and conflates
+    for seq in (2, 3, 4):
+        outbox.push(event_frame(ev(seq), CHANNEL))
+    assert await anext(body) == b"".join(
+        [b"id: 1\nevent: step.started\ndata: ", ev(1, "step.started").body.encode(), b"\n\n"]
+    )
+    outbox.flush()
+    chunk = await anext(body)
+    fields = dict(line.split(": ", 1) for line in chunk.decode().strip().split("\n"))
+    assert fields["id"] == "4" and fields["event"] == "log"
+    data = orjson.loads(fields["data"])
+    assert data["seq"] == 4 and data["conflated"] == [2, 3]
+    assert {k: v for k, v in data.items() if k != "conflated"} == orjson.loads(ev(4).body)
+    sink.finish()
+    with pytest.raises(StopAsyncIteration):
+        await anext(body)

@@ -51,8 +51,21 @@ class Channel:
     def is_execution(self) -> bool:
         return self.kind is ChannelKind.EXECUTION
 
+    @property
+    def complete(self) -> bool:
+        """Whether it carries every event of each execution it shows, so that a ``seq`` skip is a loss.
+
+        ``approvals`` and ``alerts`` show a few event types only: there, ``seq``
+        skips ahead by design and must never be "filled" with the events between.
+        """
+        return self.kind in _COMPLETE_KINDS
+
     def carries(self, event: Event) -> bool:
-        """Whether an event of the subscriber's organization belongs on this channel."""
+        """Whether an event of the subscriber's organization belongs on this channel.
+
+        The Python form of the channel's selection; ``history._channel_conditions``
+        is its SQL form. Use it through ``selects`` (or ``Topic.receive``).
+        """
         org_level = event.type.startswith(_ORG_LEVEL_PREFIXES)
         if self.kind is ChannelKind.EXECUTIONS:
             return not org_level
@@ -63,6 +76,9 @@ class Channel:
         if self.kind is ChannelKind.APPROVALS:
             return event.type.startswith("approval.")
         return event.type.startswith("alert.")
+
+
+_COMPLETE_KINDS = frozenset({ChannelKind.EXECUTIONS, ChannelKind.EXECUTION, ChannelKind.WORKFLOW})
 
 
 def parse_channel(name: Any, viewer: Viewer) -> Channel:
@@ -142,6 +158,15 @@ class Filters:
 
 
 NO_FILTERS = Filters()
+
+
+def selects(channel: Channel, filters: Filters, event: Event) -> bool:
+    """Whether a subscription to ``channel`` with ``filters`` delivers ``event``.
+
+    The one test every delivered event passes, live, backfilled or replayed
+    (``Topic.receive`` applies its two halves around its ``seq`` tracking).
+    """
+    return channel.carries(event) and (filters.empty or filters.matches(event))
 
 
 def parse_filters(value: Any) -> Filters:

@@ -23,7 +23,8 @@ from tolstoy.gateway.protocol import conflated_delivery
 MAX_QUEUE_BYTES = 1 << 20
 MAX_QUEUE_MESSAGES = 10_000
 ROOM_BYTES = 256 * 1024
-"""Replay reads its next page only once less than this is pending (flow control)."""
+"""Replay pushes more only while less than this is pending (flow control), and at most a quarter of
+the outbox's bounds (bytes and messages), so that flow-controlled pushes never overflow it."""
 _NEVER_CONFLATED_LEVELS = frozenset({"error", "fatal"})
 
 
@@ -67,6 +68,7 @@ class Outbox:
         "on_overflow",
         "sent",
         "sink",
+        "transport",
     )
 
     def __init__(
@@ -76,8 +78,9 @@ class Outbox:
         *,
         max_bytes: int = MAX_QUEUE_BYTES,
         max_messages: int = MAX_QUEUE_MESSAGES,
+        transport: str = "ws",
     ) -> None:
-        self.sink, self._schedule = sink, schedule
+        self.sink, self._schedule, self.transport = sink, schedule, transport
         self.max_bytes, self.max_messages = max_bytes, max_messages
         self.frames: list[Frame | None] = []
         self.bytes = self.controls = self._tombstones = 0
@@ -107,6 +110,16 @@ class Outbox:
             self.dirty = True
             self._schedule(self)
 
+    @property
+    def pending(self) -> bool:
+        """Whether frames wait to be handed to the sink."""
+        return bool(self.frames)
+
+    def can_take(self, messages: int, size: int) -> bool:
+        """Whether ``messages`` more frames of ``size`` bytes in all fit now, within both bounds."""
+        queued = len(self.frames) - self._tombstones
+        return queued + messages <= self.max_messages and self.bytes + size <= self.max_bytes
+
     def flush(self) -> None:
         """Hand every pending frame to the sink in one call (called once per tick by the hub)."""
         self.dirty = False
@@ -129,9 +142,17 @@ class Outbox:
         elif self._waiters:
             self._wake()
 
-    async def room(self, below: int = ROOM_BYTES) -> None:
-        """Wait until under ``below`` bytes are pending and the sink takes writes (or the outbox closed)."""
-        while not self.closed and (self.sink.paused or self.bytes >= below):
+    def crowded(self, size: int = 0) -> bool:
+        """Whether ``size`` more bytes (one more frame) would pass the flow-control mark (``ROOM_BYTES``)."""
+        if not self.frames:
+            return False  # one frame always goes, however large
+        queued = len(self.frames) - self._tombstones
+        mark = min(ROOM_BYTES, self.max_bytes // 4)
+        return self.bytes + size >= mark or queued >= self.max_messages // 4
+
+    async def room(self) -> None:
+        """Wait until the sink takes writes and the queue is under the flow-control mark (or closed)."""
+        while not self.closed and (self.sink.paused or self.crowded()):
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             await waiter

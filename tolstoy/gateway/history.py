@@ -13,12 +13,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 
+from tolstoy.engine.states import ExecutionStatus
 from tolstoy.events.types import Event
 from tolstoy.gateway.channels import Channel, ChannelKind, Filters
 from tolstoy.store.db import Database
 from tolstoy.store.tables import events, executions, flows
 
 PAGE_SIZE = 500
+_FINISHED = frozenset(status.value for status in ExecutionStatus if status.is_terminal)
 _COLUMNS = (
     events.c.execution_id,
     events.c.seq,
@@ -73,6 +75,7 @@ def _filter_conditions(filters: Filters, dialect: str) -> list[ColumnElement[boo
 
 
 def _channel_conditions(channel: Channel) -> list[ColumnElement[bool]]:
+    """The SQL form of ``Channel.carries`` (replayed events are checked with it again)."""
     if channel.kind is ChannelKind.WORKFLOW:
         return [events.c.flow_id == channel.key]
     if channel.kind is ChannelKind.APPROVALS:
@@ -225,6 +228,11 @@ async def flow_exists(db: Database, org_id: str, flow_id: str) -> bool:
     stmt = select(flows.c.id).where(flows.c.id == flow_id, flows.c.org_id == org_id)
     async with db.read() as conn:
         return (await conn.execute(stmt)).first() is not None
+
+
+def is_finished(status: str) -> bool:
+    """Whether an execution's stored ``status`` is terminal (nothing follows its last event)."""
+    return status in _FINISHED
 
 
 async def execution_state(db: Database, org_id: str, execution_id: str) -> tuple[str, int] | None:

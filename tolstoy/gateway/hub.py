@@ -126,13 +126,14 @@ class Hub:
     def _flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
-        sent = 0
+        sent: dict[str, int] = {}
         for outbox in dirty:
             before = outbox.sent
             outbox.flush()
-            sent += outbox.sent - before
-        if sent:
-            metrics.MESSAGES_OUT.labels("live").inc(sent)
+            if outbox.sent > before:
+                sent[outbox.transport] = sent.get(outbox.transport, 0) + outbox.sent - before
+        for transport, count in sent.items():
+            metrics.MESSAGES_OUT.labels(transport).inc(count)
 
     # -- housekeeping -----------------------------------------------------------------------
 

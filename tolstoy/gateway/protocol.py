@@ -37,6 +37,8 @@ class ErrorCode(StrEnum):
 class CloseCode(IntEnum):
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009
+    TRY_AGAIN_LATER = 1013
+    """Events of a subscription could not be read from the store: reconnect and resume with ``since``."""
     SLOW_CONSUMER = 4008
     UNAUTHORIZED = 4401
     FORBIDDEN = 4403

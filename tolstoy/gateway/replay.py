@@ -13,9 +13,16 @@ The race between the replay query and live events is closed by ordering:
    the topic's stream has reached M (the topic itself fills gaps from the store).
 
 Anything committed after step 2's read is published after it, hence buffered in
-step 1 or delivered live; anything before is in the replay. If the buffer
-overflows during a long replay it is dropped and the replay simply continues
-from the store up to its new end.
+step 1 or delivered live; anything before is in the replay. The buffer is
+pushed to the outbox in one go, so it is bounded by the outbox's own bounds: if
+it overflows during a long replay, or would not fit the outbox when the replay
+ends, it is dropped and the replay simply continues from the store (under flow
+control) up to its new end.
+
+Every replayed event also passes ``channels.selects``, the test live events pass.
+When the execution of an ``executions:{id}`` join has already ended, the
+subscription is told so once its replay is pushed (``Subscription.end``: an SSE
+stream then ends).
 
 Org-wide channels resume from an event id (its ``gid``) or a timestamp and are
 at-least-once: on PostgreSQL, transactions can commit out of ``gid`` order, so
@@ -28,9 +35,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tolstoy.events.types import Event
 from tolstoy.gateway import history, snapshot
-from tolstoy.gateway.channels import Channel, ChannelKind
-from tolstoy.gateway.connection import ROOM_BYTES, Outbox
+from tolstoy.gateway.channels import Channel, ChannelKind, selects
+from tolstoy.gateway.connection import Outbox
 from tolstoy.gateway.frames import Frame, event_frame
 from tolstoy.gateway.protocol import ErrorCode, ProtocolError, RequestId
 from tolstoy.gateway.topic import ORG_WIDE_CATCH_UP_S, Subscription
@@ -115,13 +123,28 @@ async def _join_execution(hub: Hub, sub: Subscription, since: int | None, reques
         data = {"channel": sub.channel.name, "replayed": count, "lastSeq": upto, "snapshot": snap}
         sub.session.reply("subscribed", data, request_id)
     await _replay_execution(hub, sub, after, upto)
-    while sub.overflowed:  # the live buffer overflowed during a long replay: continue from the store
-        sub.overflowed, sub.buffer = False, []
-        newest = (await history.last_seqs(hub.db, org_id, [execution_id])).get(execution_id, upto)
-        await _replay_execution(hub, sub, upto, newest)
-        upto = newest
-    sub.ahead = {execution_id: max(upto, after)}
+    sent, status = max(upto, after), snap["status"]
+    while await _replay_again(sub):
+        status, newest = await history.execution_state(hub.db, org_id, execution_id) or (status, upto)
+        await _replay_execution(hub, sub, sent, newest)
+        sent = max(sent, newest)
+    sub.ahead = {execution_id: sent}
     sub.topic.finish_join(sub)
+    if history.is_finished(status):  # the replay went up to its end: nothing more will come
+        sub.end()
+
+
+async def _replay_again(sub: Subscription) -> bool:
+    """Whether the live buffer must be dropped and the store read once more before going live.
+
+    It must when it overflowed during the replay, or when the outbox cannot take
+    all of it at once now: a join never overflows its own connection.
+    """
+    await sub.outbox.room()
+    if sub.outbox.closed or (not sub.overflowed and sub.buffer_fits()):
+        return False
+    sub.restart_buffer()
+    return True
 
 
 async def _replay_execution(hub: Hub, sub: Subscription, after: int, upto: int) -> None:
@@ -130,16 +153,22 @@ async def _replay_execution(hub: Hub, sub: Subscription, after: int, upto: int) 
         page = await history.execution_page(
             hub.db, org_id, execution_id, after=after, before=upto + 1, filters=sub.filters
         )
-        await _send(sub.outbox, [event_frame(e, sub.topic.channel_json) for e in page])
+        await _send(sub.outbox, _frames(sub, page))
         if len(page) < history.PAGE_SIZE:
             return
         after = page[-1].seq
 
 
+def _frames(sub: Subscription, page: list[Event]) -> list[Frame]:
+    """The deliveries of a replayed page (the query selects already; this is the same test as live)."""
+    channel, filters, channel_json = sub.channel, sub.filters, sub.topic.channel_json
+    return [event_frame(e, channel_json) for e in page if selects(channel, filters, e)]
+
+
 async def _send(outbox: Outbox, frames: list[Frame]) -> None:
     """Push frames, waiting for room whenever the next one would pass the flow-control mark."""
     for frame in frames:
-        if outbox.bytes and outbox.bytes + frame.size > ROOM_BYTES:
+        if outbox.crowded(frame.size):
             await outbox.room()
         outbox.push(frame)
     await outbox.room()
@@ -158,8 +187,7 @@ async def _join_org(hub: Hub, sub: Subscription, since: OrgSince | None, request
         sub.session.reply("subscribed", {"channel": channel.name, "replayed": count}, request_id)
     ahead: dict[str, int] = {}
     await _replay_org(hub, sub, after, upto, ahead)
-    while sub.overflowed:
-        sub.overflowed, sub.buffer = False, []
+    while await _replay_again(sub):
         newest = await history.max_gid(hub.db, org_id)
         await _replay_org(hub, sub, upto, newest, ahead)
         upto = newest
@@ -188,10 +216,11 @@ async def _replay_org(hub: Hub, sub: Subscription, after: int, upto: int, ahead:
         page = await history.org_page(
             hub.db, org_id, sub.channel, sub.filters, after_gid=after, upto_gid=upto
         )
-        for _, event in page:
+        events = [event for _, event in page]
+        for event in events:
             if event.seq > ahead.get(event.execution_id, 0):
                 ahead[event.execution_id] = event.seq
-        await _send(sub.outbox, [event_frame(e, sub.topic.channel_json) for _, e in page])
+        await _send(sub.outbox, _frames(sub, events))
         if len(page) < history.PAGE_SIZE:
             return
         after = page[-1][0]

@@ -36,6 +36,8 @@ LINGER_S = 5.0
 RESYNC_SLACK_MS = 5_000
 """Resync replays from this long before the last event seen (event times precede their commit)."""
 TAIL_IDLE_S = 2.0
+TAIL_QUERY_IDS = 500
+"""Executions per ``last_seq`` query of the tail check."""
 ALL_EXECUTIONS = Channel("executions", ChannelKind.EXECUTIONS)
 
 
@@ -111,6 +113,7 @@ class OrgRoute:
             self.dispatch(events)
 
     def dispatch(self, events: Sequence[Event]) -> None:
+        """Hand each event to the topics indexed under it; each topic selects what its channel carries."""
         by_execution, by_flow, org_wide = self.by_execution, self.by_flow, self.org_wide
         for event in events:
             if event.ts > self.last_event_ts:
@@ -123,11 +126,9 @@ class OrgRoute:
                 topics = by_flow.get(event.flow_id)
                 if topics is not None:
                     for topic in topics:
-                        if topic.channel.carries(event):
-                            topic.receive(event)
+                        topic.receive(event)
             for topic in org_wide:
-                if topic.channel.carries(event):
-                    topic.receive(event)
+                topic.receive(event)
 
     async def backfill(self, execution_id: str, after: int, before: int) -> list[Event]:
         """Stored events of one execution strictly between two seqs (equal concurrent reads share a query)."""
@@ -202,18 +203,32 @@ class OrgRoute:
     async def check_tails(self, idle_s: float = TAIL_IDLE_S) -> None:
         """Compare watched executions with the store and fetch any events the bus did not bring.
 
-        Catches a lost last event (no later event would reveal the gap). Only
-        executions whose topics have been quiet for ``idle_s`` are checked.
+        Catches a lost last event (no later event would reveal the gap). Checked
+        are the executions of per-execution topics and those org-wide topics saw
+        lately (``Topic.quiet_executions``, bounded), once quiet for ``idle_s``;
+        one query per ``TAIL_QUERY_IDS`` of them.
         """
-        now = time.monotonic()
-        watched = [
-            execution_id
-            for execution_id, topics in self.by_execution.items()
-            if any(execution_id not in t.terminal and now - t.last_event_at >= idle_s for t in topics)
-        ]
-        if not watched:
-            return
-        stored = await history.last_seqs(self.hub.db, self.org_id, watched)
-        for execution_id, last_seq in stored.items():
-            for topic in self.by_execution.get(execution_id, ()):
-                topic.catch_up(execution_id, last_seq)
+        due = self._quiet_tails(time.monotonic(), idle_s)
+        ids = list(due)
+        behind: dict[Topic, dict[str, int]] = {}
+        for start in range(0, len(ids), TAIL_QUERY_IDS):
+            stored = await history.last_seqs(self.hub.db, self.org_id, ids[start : start + TAIL_QUERY_IDS])
+            for execution_id, last_seq in stored.items():
+                for topic in due[execution_id]:
+                    behind.setdefault(topic, {})[execution_id] = last_seq
+        for topic, last_seqs in behind.items():
+            topic.catch_up(last_seqs)
+
+    def _quiet_tails(self, now: float, idle_s: float) -> dict[str, list[Topic]]:
+        """Executions to tail-check, each with the topics to top up."""
+        due: dict[str, list[Topic]] = {}
+        for execution_id, topics in self.by_execution.items():
+            if any(execution_id not in t.terminal and now - t.last_event_at >= idle_s for t in topics):
+                due[execution_id] = list(topics)
+        for topic in self._org_wide_topics():
+            for execution_id in topic.quiet_executions(now, idle_s):
+                due.setdefault(execution_id, []).append(topic)
+        return due
+
+    def _org_wide_topics(self) -> list[Topic]:
+        return [*self.org_wide, *(topic for topics in self.by_flow.values() for topic in topics)]

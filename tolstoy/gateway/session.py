@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -41,9 +42,15 @@ class Session:
         self.announces = transport == "ws"
         """Whether control messages (``subscribed`` …) are sent: WebSocket yes, SSE no."""
         self.outbox = Outbox(
-            sink, hub.schedule, max_bytes=hub.queue_max_bytes, max_messages=hub.queue_max_messages
+            sink,
+            hub.schedule,
+            max_bytes=hub.queue_max_bytes,
+            max_messages=hub.queue_max_messages,
+            transport=transport,
         )
         self.outbox.on_overflow = self._slow_consumer
+        self.on_execution_end: Callable[[], None] | None = None
+        """Set by SSE: a per-execution subscription's execution ended and all of it was pushed."""
         self.subs: dict[str, Subscription] = {}
         self.closed = False
         self.close_code: int | None = None
@@ -92,6 +99,7 @@ class Session:
                 ErrorCode.RATE_LIMITED, f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
             )
         sub = self.hub.open_subscription(self, channel, filters)
+        sub.on_end = self.on_execution_end
         self.subs[channel.name] = sub
         sub.task = asyncio.get_running_loop().create_task(self._join(sub, since, request_id))
         return sub

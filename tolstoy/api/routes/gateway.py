@@ -22,7 +22,7 @@ from tolstoy.errors import (
 from tolstoy.errors import ValidationFailed as Invalid
 from tolstoy.gateway import auth, history, replay, tokens
 from tolstoy.gateway.auth import Viewer
-from tolstoy.gateway.channels import Channel, parse_channel, parse_filters, validate_pattern
+from tolstoy.gateway.channels import Channel, Filters, parse_channel, parse_filters, validate_pattern
 from tolstoy.gateway.hub import Hub
 from tolstoy.gateway.protocol import ErrorCode, ProtocolError
 from tolstoy.gateway.session import Session
@@ -32,7 +32,6 @@ from tolstoy.timeutil import iso
 
 router = APIRouter(tags=["gateway"])
 router.add_api_websocket_route("/ws", websocket_endpoint)
-_TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -86,7 +85,7 @@ async def execution_stream(
 ) -> Response:
     """SSE of one execution after ``since`` (or ``Last-Event-ID``; default: its whole history), then live.
 
-    Ends after the terminal event; 204 when the client already has it.
+    Ends after the execution's end; 204 when nothing is left to send.
     """
     if last_event_id is not None and last_event_id.strip().isdigit():
         since = int(last_event_id.strip())
@@ -106,7 +105,10 @@ async def channel_stream(
     since: str | None = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
-    """SSE of any channel, with the WebSocket filters; resumes from ``Last-Event-ID`` or ``since``."""
+    """SSE of any channel, with the WebSocket filters; resumes from ``Last-Event-ID`` or ``since``.
+
+    Without either: live only, except that a finished execution's channel sends its terminal event.
+    """
     raw = {"flowIds": flowIds, "executionIds": executionIds, "statuses": statuses, "types": types}
     filters = {k: _split(v) for k, v in raw.items() if v}
     return await _open(request, services, channel, filters or None, last_event_id or since)
@@ -120,15 +122,21 @@ async def _open(request: Request, services: Any, name: str, filters: Any, since:
     viewer = await _viewer(request, services)
     try:
         channel = parse_channel(name, viewer)
-        parse_filters(filters)
+        parsed_filters = parse_filters(filters)
         parsed_since = replay.parse_since(channel, since)
     except ProtocolError as exc:
         raise _http_error(exc) from None
-    if await _already_finished(services, viewer, channel, parsed_since):
-        return Response(status_code=204)
-    sink = SseSink(ids="seq" if channel.is_execution else "event", end_on_terminal=channel.is_execution)
+    if channel.is_execution:
+        seq = parsed_since if isinstance(parsed_since, int) else None
+        since, nothing_left = await _execution_start(services, viewer, channel, parsed_filters, seq)
+        if nothing_left:
+            return Response(status_code=204)
+    elif channel.key is not None and not await history.flow_exists(services.db, viewer.org_id, channel.key):
+        raise NotFound(f"flow {channel.key!r} not found")
+    sink = SseSink(ids="seq" if channel.is_execution else "event")
     hub = _hub(services)
     session = Session(hub, viewer, sink, "sse")
+    session.on_execution_end = sink.finish
     sink.attach(session.outbox)
     hub.register(session)
     session.subscribe({"channel": name, "filters": filters, "since": since})
@@ -155,17 +163,29 @@ async def _viewer(request: Request, services: Any) -> Viewer:
     return viewer
 
 
-async def _already_finished(services: Any, viewer: Viewer, channel: Channel, since: Any) -> bool:
-    """404 for what does not exist in the caller's organization; True when nothing is left to stream."""
-    if channel.is_execution:
-        state = await history.execution_state(services.db, viewer.org_id, channel.key or "")
-        if state is None:
-            raise NotFound(f"execution {channel.key!r} not found")
-        status, last_seq = state
-        return status in _TERMINAL_STATUSES and isinstance(since, int) and since >= last_seq
-    if channel.key is not None and not await history.flow_exists(services.db, viewer.org_id, channel.key):
-        raise NotFound(f"flow {channel.key!r} not found")
-    return False
+async def _execution_start(
+    services: Any, viewer: Viewer, channel: Channel, filters: Filters, since: int | None
+) -> tuple[int | None, bool]:
+    """Where a per-execution stream starts, and whether nothing is left to send; 404 if not the caller's.
+
+    Without ``since`` a running execution is streamed live; a finished one sends
+    its terminal event, so a client always learns how it ended. A finished
+    execution with no event left to send (after ``since``, matching the filters)
+    gets 204, which stops ``EventSource`` reconnecting.
+    """
+    db, org_id, execution_id = services.db, viewer.org_id, channel.key or ""
+    state = await history.execution_state(db, org_id, execution_id)
+    if state is None:
+        raise NotFound(f"execution {execution_id!r} not found")
+    status, last_seq = state
+    if not history.is_finished(status):
+        return since, False
+    if since is None:
+        since = max(last_seq - 1, 0)
+    left = await history.count_execution(
+        db, org_id, execution_id, after=since, upto=last_seq, filters=filters
+    )
+    return since, left == 0
 
 
 def _http_error(exc: ProtocolError) -> TolstoyError:

@@ -3,7 +3,9 @@
 Publishing never blocks or fails the journal: ``publish`` queues the batch and a
 publisher task sends it (several batches per round trip under load), retrying
 with backoff while Redis is unreachable; the queue is bounded, and what falls
-off is still in the store.
+off is still in the store. A message whose publishing fails (however often it is
+retried) or that falls off the queue counts once in
+``tolstoy_bus_publish_errors_total``; published events are counted by the journal.
 
 One subscriber connection per bus SUBSCRIBEs to exactly the organizations that
 have handlers in this process. It pings Redis when idle and declares the
@@ -103,6 +105,24 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=rest)), options
 
 
+class _Outgoing:
+    """One queued bus message; ``failed`` once its publishing failed (it is retried, counted once)."""
+
+    __slots__ = ("channel", "failed", "payload")
+
+    def __init__(self, channel: str, payload: bytes) -> None:
+        self.channel, self.payload, self.failed = channel, payload, False
+
+
+def _count_failed(batch: Sequence[_Outgoing]) -> None:
+    """Count in ``tolstoy_bus_publish_errors_total`` the messages of ``batch`` not counted yet."""
+    fresh = [outgoing for outgoing in batch if not outgoing.failed]
+    for outgoing in fresh:
+        outgoing.failed = True
+    if fresh:
+        metrics.BUS_PUBLISH_ERRORS.inc(len(fresh))
+
+
 class _RedisSubscription(Subscription):
     def __init__(self, bus: RedisBus, org_id: str, handler: Handler, on_resync: ResyncHandler | None) -> None:
         self.bus, self.org_id, self.handler, self.on_resync = bus, org_id, handler, on_resync
@@ -122,7 +142,7 @@ class RedisBus(Bus):
         self._endpoint = Endpoint.from_url(self.url)
         self._client: Redis | None = None
         self._subs: dict[str, list[_RedisSubscription]] = {}
-        self._queue: deque[tuple[str, bytes]] = deque()
+        self._queue: deque[_Outgoing] = deque()
         self._queued = asyncio.Event()
         self._wanted = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -164,14 +184,13 @@ class RedisBus(Bus):
     async def publish(self, org_id: str, events: Sequence[Event]) -> None:
         if not events:
             return
+        # tolstoy_bus_published_total is the journal's to count (once per event, whatever the bus).
         if len(self._queue) >= MAX_QUEUED_BATCHES:
-            self._queue.popleft()
-            metrics.BUS_PUBLISH_ERRORS.inc()
+            _count_failed([self._queue.popleft()])
             log.warning(
                 "bus publish queue full: dropped the oldest batch (subscribers backfill from the store)"
             )
-        self._queue.append((org_channel(self.prefix, org_id), encode_batch(events)))
-        metrics.BUS_PUBLISHED.inc(len(events))
+        self._queue.append(_Outgoing(org_channel(self.prefix, org_id), encode_batch(events)))
         self._queued.set()
 
     async def _publisher(self) -> None:
@@ -185,7 +204,7 @@ class RedisBus(Bus):
             try:
                 await self._send(batch)
             except Exception as exc:
-                metrics.BUS_PUBLISH_ERRORS.inc(len(batch))
+                _count_failed(batch)
                 if failures == 0:
                     log.warning("bus publish failed; retrying with backoff", error=str(exc))
                 if self._closing:
@@ -199,14 +218,14 @@ class RedisBus(Bus):
             for _ in batch:
                 self._queue.popleft()
 
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+    async def _send(self, batch: list[_Outgoing]) -> None:
         assert self._client is not None
         if len(batch) == 1:
-            await self._client.publish(*batch[0])
+            await self._client.publish(batch[0].channel, batch[0].payload)
             return
         async with self._client.pipeline(transaction=False) as pipe:
-            for channel, payload in batch:
-                pipe.publish(channel, payload)
+            for outgoing in batch:
+                pipe.publish(outgoing.channel, outgoing.payload)
             await pipe.execute()
 
     # -- subscribing ----------------------------------------------------------------------
