@@ -353,9 +353,9 @@ async def test_a_chain_of_pure_steps_commits_as_one_transaction(api, services: A
 
 
 async def test_a_long_chain_still_commits_as_it_goes(api, services: Any, monkeypatch: Any) -> None:
-    from tolstoy.engine import runner
+    from tolstoy.engine import writer
 
-    monkeypatch.setattr(runner, "FLUSH_AFTER_S", 0.0)  # every deferred write is already "too old"
+    monkeypatch.setattr(writer, "FLUSH_AFTER_S", 0.0)  # every deferred write is already "too old"
     flow_id = await create_flow(api, CHAIN)
     batches = _batches(services, flow_id)
     await wait_status(api, await start(api, flow_id), {"completed", "failed"})

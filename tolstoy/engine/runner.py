@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
@@ -27,21 +26,17 @@ from tolstoy.engine.retry import delay_ms, effective_policy, should_retry
 from tolstoy.engine.runtime import Runtime
 from tolstoy.engine.states import ExecutionStatus, StepStatus
 from tolstoy.engine.steps.base import StepContext
+from tolstoy.engine.writer import Events, Writer
 from tolstoy.errors import Conflict, LeaseLost, StepError
 from tolstoy.events.types import EventType as ET
 from tolstoy.masking import Masker
 from tolstoy.store import approvals as approval_store
-from tolstoy.store.journal import Write
 from tolstoy.timeutil import now_ms
 
 log = structlog.get_logger(__name__)
 
 ACTIVE = ("queued", "running", "waiting")
 CANCELLABLE = (*ACTIVE, "paused")
-FLUSH_AFTER_S = 0.02
-"""A chain of pure steps keeps its writes pending (one transaction) at most this long, so a
-watcher still sees a long chain progress."""
-Events = list[tuple[str, dict[str, Any]]]
 
 
 class Stop(Enum):
@@ -86,9 +81,7 @@ class ExecutionRunner:
         self.stop_by: str | None = None
         self._ended = False
         """The terminal event is written: nothing more is."""
-        self._pending: Write | None = None
-        """Deferred writes (``_commit(defer=True)``), merged, going out with the next commit."""
-        self._pending_since = 0.0
+        self.writer = Writer(runtime.journal, self.id, self.org_id, self.flow_id, self.epoch)
         self._control = asyncio.Event()
         if row.get("cancel_requested"):
             self.request(Stop.CANCEL)
@@ -223,8 +216,7 @@ class ExecutionRunner:
         except StepError as exc:
             return await self._on_failure(step, state, exc, started_event=True)
         except Exception as exc:
-            log.error("step raised unexpectedly", execution_id=self.id, step_id=step.id, exc_info=exc)
-            return await self._on_failure(step, state, internal_error(exc), started_event=True)
+            return await self._on_failure(step, state, self._unexpected(step, exc), started_event=True)
         await self._on_success(step, state, output)
 
     def _begin_attempt(self, state: StepState) -> None:
@@ -289,9 +281,13 @@ class ExecutionRunner:
                 step, state, exc, started_event=False, prefix=[event], statements=[statement]
             )
         if not isinstance(exc, StepError):
-            log.error("step raised unexpectedly", execution_id=self.id, step_id=step.id, exc_info=exc)
-            exc = internal_error(exc)
+            exc = self._unexpected(step, exc)
         await self._on_failure(step, state, exc, started_event=step.type in PURE_TYPES)
+
+    def _unexpected(self, step: StepDefinition, exc: BaseException) -> StepError:
+        """A bug, not a step failure: logged with its traceback, shown to users without it."""
+        log.error("step raised unexpectedly", execution_id=self.id, step_id=step.id, exc_info=exc)
+        return internal_error(exc)
 
     # -- step outcomes ------------------------------------------------------------------
 
@@ -447,34 +443,25 @@ class ExecutionRunner:
         statuses: tuple[str, ...] = ACTIVE,
         defer: bool = False,
     ) -> None:
-        """One fenced write (with whatever is pending before it). ``defer`` keeps it pending
-        instead — for work a crash may simply redo (pure steps, skips, the start) — until the next
-        commit, ``_flush`` before the runner waits, or ``FLUSH_AFTER_S``."""
-        write = self._pending
-        if write is not None and write.only_if_status != statuses:
-            await self._flush()
-            write = None
-        if write is None:
-            write = Write(self.id, self.org_id, self.flow_id, epoch=self.epoch, only_if_status=statuses)
-            self._pending_since = time.monotonic()
-        write.events.extend(events)
-        write.execution.update(execution or {})
-        write.steps.extend(s.row(self.id) for s in steps or ())
-        write.statements.extend(statements or ())
-        if defer and time.monotonic() - self._pending_since < FLUSH_AFTER_S:
-            self._pending = write
-            return
-        self._pending = None
-        await self._send(write)
+        """One fenced write; ``defer`` for work a crash may redo (see ``writer.py``)."""
+        rows = [s.row(self.id) for s in steps or ()]
+        await self._fenced(
+            self.writer.commit(
+                events,
+                execution=execution,
+                steps=rows,
+                statements=statements or (),
+                statuses=statuses,
+                defer=defer,
+            )
+        )
 
     async def _flush(self) -> None:
-        write, self._pending = self._pending, None
-        if write is not None:
-            await self._send(write)
+        await self._fenced(self.writer.flush())
 
-    async def _send(self, write: Write) -> None:
+    async def _fenced(self, write: Awaitable[None]) -> None:
         try:
-            await self.rt.journal.commit(write)
+            await write
         except (LeaseLost, Conflict) as exc:
             metrics.LEASES_LOST.inc()
             self.request(Stop.LOST)
