@@ -44,7 +44,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     proto = websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
-    sink: FastSink | AsgiSink = FastSink(proto) if proto is not None else AsgiSink(websocket)
+    if proto is not None:  # the gateway's own protocol: it drives the session from here on
+        fast = FastSink(proto)
+        session = Session(hub, viewer, fast, "ws")
+        fast.attach(session.outbox)
+        hub.register(session)
+        proto.detach(lambda text: receive(session, text), lambda: session.close(1000))
+        return
+    sink = AsgiSink(websocket)
     session = Session(hub, viewer, sink, "ws")
     sink.attach(session.outbox)
     hub.register(session)
@@ -52,8 +59,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await _serve(session, websocket)
     finally:
         session.close(1000)
-        if isinstance(sink, AsgiSink):
-            sink.task.cancel()
+        sink.task.cancel()
 
 
 async def _serve(session: Session, websocket: WebSocket) -> None:
@@ -61,18 +67,22 @@ async def _serve(session: Session, websocket: WebSocket) -> None:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        if session.closed:
-            continue
-        if not session.allow_message():
-            session.error(ErrorCode.RATE_LIMITED, "too many messages; slow down")
-            continue
-        text = message.get("text")
-        if text is None:
-            session.error(
-                ErrorCode.BAD_REQUEST, "expected a text frame holding one JSON object, got a binary frame"
-            )
-            continue
-        handle(session, text)
+        receive(session, message.get("text"))
+
+
+def receive(session: Session, text: str | None) -> None:
+    """One client message (``None``: a binary frame), rate-limited, answered (nothing raised)."""
+    if session.closed:
+        return
+    if not session.allow_message():
+        session.error(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+        return
+    if text is None:
+        session.error(
+            ErrorCode.BAD_REQUEST, "expected a text frame holding one JSON object, got a binary frame"
+        )
+        return
+    handle(session, text)
 
 
 def handle(session: Session, text: str) -> None:
