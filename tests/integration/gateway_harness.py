@@ -25,7 +25,7 @@ from tolstoy.api.app import create_app
 from tolstoy.events.bus import Bus, Handler, ResyncHandler, Subscription
 from tolstoy.events.types import Event
 from tolstoy.gateway.fastws import GatewayWebSocketProtocol
-from tolstoy.ids import execution_id as new_execution_id
+from tolstoy.store import executions as exec_store
 from tolstoy.store import flows as flow_store
 from tolstoy.store import identity
 from tolstoy.store.journal import Write
@@ -199,25 +199,9 @@ async def producer(services: Any, org_id: str, flow_id: str | None = None) -> Pr
             await flow_store.create(services.db, org_id, {**FLOW, "name": f"f-{secrets.token_hex(3)}"})
         )["id"]
     now = now_ms()
-    row = {
-        "id": new_execution_id(),
-        "org_id": org_id,
-        "flow_id": flow_id,
-        "flow_version": 1,
-        "status": "running",
-        "variables": {},
-        "total_steps": 2,
-        "completed_steps": 0,
-        "failed_steps": 0,
-        "skipped_steps": 0,
-        "run_after": now + 86_400_000,
-        "lease_epoch": 0,
-        "cancel_requested": False,
-        "pause_requested": False,
-        "from_failed_step": False,
-        "created_at": now,
-        "started_at": now,
-    }
+    row = exec_store.new_row(
+        org_id, flow_id, 1, 2, now, status="running", run_after=now + 86_400_000, started_at=now
+    )
     write = Write(row["id"], org_id, flow_id, create=row)
     write.event("execution.started", status="running", totalSteps=2)
     await services.journal.commit(write)

@@ -27,3 +27,32 @@ async def test_migrations_produce_exactly_the_models(backend: Backend) -> None:
     finally:
         await engine.dispose()
     assert diff == [], f"migrations and tables.py disagree: {diff}"
+
+
+async def test_a_new_sqlite_store_is_in_wal_mode_and_opens_many_connections_at_once(tmp_path: Any) -> None:
+    import asyncio
+    import sqlite3
+
+    from sqlalchemy import text
+
+    from tolstoy.store.db import Database
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    await migrate.upgrade(url)
+    with sqlite3.connect(tmp_path / "fresh.db") as plain:
+        assert plain.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db = Database(url)  # what `serve` does next: a writer and a pool of readers, all opening at once
+
+    async def read() -> int:
+        async with db.read() as conn:
+            return int((await conn.execute(text("SELECT 1"))).scalar_one())
+
+    async def write() -> None:
+        async with db.write() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    try:
+        results = await asyncio.gather(*(read() for _ in range(4)), write(), write())
+        assert results[:4] == [1, 1, 1, 1]
+    finally:
+        await db.dispose()

@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from tolstoy import ids
 from tolstoy.engine.definition import FlowDefinition
 from tolstoy.engine.runner import Stop
 from tolstoy.errors import Conflict, Forbidden, ValidationFailed
@@ -68,28 +67,18 @@ class ExecutionService:
         merged = {**(defn.variables or {}), **variables}
         now = now_ms()
         concurrency = defn.settings.concurrency if defn.settings else None
-        row = {
-            "id": ids.execution_id(),
-            "org_id": org_id,
-            "flow_id": flow["id"],
-            "concurrency_limit": concurrency,
-            "flow_version": version,
-            "status": "queued",
-            "variables": merged,
-            "total_steps": len(defn.steps),
-            "completed_steps": 0,
-            "failed_steps": 0,
-            "skipped_steps": 0,
-            "run_after": now,
-            "lease_epoch": 0,
-            "cancel_requested": False,
-            "pause_requested": False,
-            "retry_of": retry_of,
-            "from_failed_step": False,
-            "idempotency_key": idempotency_key,
-            "created_at": now,
-            "created_by": created_by,
-        }
+        row = exec_store.new_row(
+            org_id,
+            flow["id"],
+            version,
+            len(defn.steps),
+            now,
+            concurrency_limit=concurrency,
+            variables=merged,
+            retry_of=retry_of,
+            idempotency_key=idempotency_key,
+            created_by=created_by,
+        )
         fields: dict[str, Any] = {
             "status": "queued",
             "flowVersion": row["flow_version"],

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
-from tolstoy import jsonutil
+from tolstoy import ids, jsonutil
 from tolstoy.errors import BadRequest, NotFound
 from tolstoy.store.db import Database
 from tolstoy.store.tables import events, executions, step_runs
@@ -21,6 +21,37 @@ class ExecutionFilter:
     flow_id: str | None = None
     created_from: int | None = None
     created_to: int | None = None
+
+
+def new_row(
+    org_id: str, flow_id: str, version: int, total_steps: int, now: int, **columns: Any
+) -> dict[str, Any]:
+    """A complete ``executions`` row for a journal ``Write(create=...)``: queued and due at ``now``
+    unless ``columns`` say otherwise."""
+    row: dict[str, Any] = {
+        "id": ids.execution_id(),
+        "org_id": org_id,
+        "flow_id": flow_id,
+        "concurrency_limit": None,
+        "flow_version": version,
+        "status": "queued",
+        "variables": {},
+        "total_steps": total_steps,
+        "completed_steps": 0,
+        "failed_steps": 0,
+        "skipped_steps": 0,
+        "run_after": now,
+        "lease_epoch": 0,
+        "cancel_requested": False,
+        "pause_requested": False,
+        "retry_of": None,
+        "from_failed_step": False,
+        "idempotency_key": None,
+        "created_at": now,
+        "created_by": None,
+    }
+    row.update(columns)
+    return row
 
 
 def encode_cursor(created_at: int, id_: str) -> str:

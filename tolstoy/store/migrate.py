@@ -32,6 +32,11 @@ async def upgrade(url: str, revision: str = "head") -> None:
     engine = null_pool_engine(url)
     try:
         async with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                # WAL is a property of the file: set it here, while this is the only connection.
+                # Switching later takes an exclusive lock that several connections opening at once
+                # (the writer and the readers at startup) can deadlock on ("database is locked").
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             if conn.dialect.name == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
                 await conn.commit()

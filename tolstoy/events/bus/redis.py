@@ -27,6 +27,7 @@ URL options: ``?prefix=`` (channel prefix), ``health_interval=`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ CONFIRM_TIMEOUT_S = 2.0
 """How long ``subscribe`` waits for Redis to confirm before returning (the handler stays registered)."""
 MAX_QUEUED_BATCHES = 10_000
 PIPELINE_BATCHES = 256
+SUBSCRIBER_GRACE_S = 2.0
+"""How long a publisher back from an outage waits for this process's subscriber connection."""
 BACKOFF_BASE_S, BACKOFF_MAX_S = 0.05, 2.0
 
 
@@ -200,6 +203,8 @@ class RedisBus(Bus):
                 self._queued.clear()
                 await self._queued.wait()
                 continue
+            if failures:
+                await self._subscriber_back()
             batch = [self._queue[i] for i in range(min(len(self._queue), PIPELINE_BATCHES))]
             try:
                 await self._send(batch)
@@ -217,6 +222,13 @@ class RedisBus(Bus):
             failures = 0
             for _ in batch:
                 self._queue.popleft()
+
+    async def _subscriber_back(self) -> None:
+        """After an outage, give this process's subscriber connection a moment to be back first:
+        what was queued meanwhile then reaches local subscribers live, not only by their resync."""
+        if self._subs and not self.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), SUBSCRIBER_GRACE_S)
 
     async def _send(self, batch: list[_Outgoing]) -> None:
         assert self._client is not None

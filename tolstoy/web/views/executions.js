@@ -53,6 +53,9 @@ class ExecutionsView {
       since: () => this.lastEventId,
       filters: { types: LIST_TYPES },
       onEvent: (event) => this.onEvent(event),
+      // With no event seen yet there is no point to resume from: whatever happened between the
+      // page's load and this (re)subscription is only in the store, so read the page again.
+      onSubscribed: () => { if (this.lastEventId === undefined) this.load(true); },
     });
     this.ticker = setInterval(() => this.tick(), 1000);
     this.load(true);
