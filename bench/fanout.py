@@ -553,30 +553,14 @@ class Producer:
 
 async def new_execution(services: Any, org_id: str, flow_id: str) -> Producer:
     """A running execution (seq 1: ``execution.started``) that no worker claims."""
-    from tolstoy.ids import execution_id
+    from tolstoy.store import executions as exec_store
     from tolstoy.store.journal import Write
     from tolstoy.timeutil import now_ms
 
     now = now_ms()
-    row = {
-        "id": execution_id(),
-        "org_id": org_id,
-        "flow_id": flow_id,
-        "flow_version": 1,
-        "status": "running",
-        "variables": {},
-        "total_steps": 1,
-        "completed_steps": 0,
-        "failed_steps": 0,
-        "skipped_steps": 0,
-        "run_after": now + 86_400_000,
-        "lease_epoch": 0,
-        "cancel_requested": False,
-        "pause_requested": False,
-        "from_failed_step": False,
-        "created_at": now,
-        "started_at": now,
-    }
+    row = exec_store.new_row(
+        org_id, flow_id, 1, 1, now, status="running", run_after=now + 86_400_000, started_at=now
+    )
     write = Write(row["id"], org_id, flow_id, create=row)
     write.event("execution.started", status="running", totalSteps=1)
     await services.journal.commit(write)
