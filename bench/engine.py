@@ -46,6 +46,7 @@ from typing import Any
 
 import bench
 from bench import ms, percentile
+from bench._proc import cpu_times, machine_ticks
 
 TITLE = "bench/engine: 5-step no-op data_transform flow, every step committed"
 STEPS = 5
@@ -253,26 +254,6 @@ async def paced(start: Starter, tracker: Tracker, rate: float, seconds: float, t
 
 # -- CPU ------------------------------------------------------------------------------
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _proc_cpu_s(pid: str) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _host_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return 0.0, 0.0
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return float(sum(values) - idle), float(sum(values))
-
 
 def _backends_of(database: str) -> list[str]:
     """PIDs of the PostgreSQL backends serving ``database`` (their process title names it)."""
@@ -306,7 +287,7 @@ class CpuMeter:
             return
         pids = _backends_of(self.database) if rescan else list(self._last)
         for pid in pids:
-            used = _proc_cpu_s(pid)
+            used = sum(cpu_times(int(pid)))
             self._first.setdefault(pid, used if initial else 0.0)
             self._last[pid] = max(used, self._last.get(pid, 0.0))
 
@@ -316,7 +297,7 @@ class CpuMeter:
             self._sample(rescan=tick % 4 == 0)  # a /proc scan costs; new backends are rare
 
     async def start(self) -> None:
-        self._py, self._host = time.process_time(), _host_cpu()
+        self._py, self._host = time.process_time(), machine_ticks()
         self._sample(initial=True)
         self._task = asyncio.create_task(self._sampler())
 
@@ -326,7 +307,7 @@ class CpuMeter:
         if self._task is not None:
             self._task.cancel()
         self._sample()
-        busy, total = _host_cpu()
+        busy, total = machine_ticks()
         host = 100 * (busy - self._host[0]) / (total - self._host[1]) if total > self._host[1] else None
         if self.database is None or not Path("/proc").exists():
             return py, None, host
