@@ -27,22 +27,19 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 
 def rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _field(Path(f"/proc/{pid}/status"), "VmRSS:") * 1024
 
 
 def write_syscalls(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("syscw:"):
+    return _field(Path(f"/proc/{pid}/io"), "syscw:")
+
+
+def _field(path: Path, name: str) -> int:
+    """The number after ``name`` in a /proc file of ``name value`` lines (0 for a process gone)."""
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            if line.startswith(name):
                 return int(line.split()[1])
-    except OSError:
-        pass
     return 0
 
 

@@ -108,7 +108,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         try:
             result = await self.app(self.scope, self.receive, self.send)
         except ClientDisconnected:
-            pass
+            self.logger.debug("the client left during the ASGI call")
         except BaseException:
             self.logger.exception("Exception in ASGI application\n")
             self.send_500_response()
@@ -181,13 +181,13 @@ class _Inert:
     __slots__ = ()
 
     def put_nowait(self, item: object) -> None:
-        pass
+        """Nobody reads the queue of a detached connection."""
 
     def set(self) -> None:
-        pass
+        """Nobody waits on ``writable`` once detached (FastSink checks ``write_paused``)."""
 
     def clear(self) -> None:
-        pass
+        """As ``set``."""
 
 
 _INERT = _Inert()
